@@ -7,6 +7,7 @@ from .inputs import load_image
 from .model import UniRep
 from .pooling import Pooler
 from .registry import list_models
+from .shared import shared_model
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "BackboneOutput",
     "Item",
     "list_models",
+    "shared_model",
     "load_image",
     "truncate",
     "__version__",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import time
@@ -236,6 +237,10 @@ class TwoStageStore(ABC):
     def count(self) -> int:
         """Number of stored items."""
 
+    @abstractmethod
+    def _get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{key: payload}`` (reserved keys included) for the stored keys among ``keys``."""
+
     def _validate(self, record: Record) -> str | None:
         """Reason this record cannot be stored (e.g. metadata over a size limit), else None."""
         return None
@@ -275,6 +280,17 @@ class TwoStageStore(ABC):
         query = self.model.encode(text=[text] if text is not None else None,
                                   images=[image] if image is not None else None, task="query")[0]
         return self.search_vector(query, k=k, candidates=candidates, filter=filter)
+
+    def get(self, ids: Sequence[str]) -> list[Hit]:
+        """Stored items by id, in the order given (unknown ids left out); score and
+        similarity are NaN since there is no query."""
+        if isinstance(ids, str):
+            ids = [ids]
+        keys = list(dict.fromkeys(id_to_uuid(str(i)) for i in ids))
+        rows: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(keys), self.write_batch_size):
+            rows.update(self._retry(self._get, keys[start : start + self.write_batch_size]))
+        return [_hit(k, math.nan, math.nan, rows[k]) for k in keys if k in rows]
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove items by id (unknown ids are ignored)."""

@@ -294,6 +294,12 @@ class MilvusStore(TwoStageStore):
         return False
 
     # -- search ----------------------------------------------------------------------------------
+    def _get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not keys:
+            return {}
+        rows = self._client.get(self.collection, ids=list(keys), output_fields=[META_FIELD, *RESERVED_FIELDS])
+        return {row[KEY_FIELD]: _payload(row) for row in rows}
+
     def _two_stage(self, coarse: list[float], full: list[float], k: int, candidates: int,
                    conditions: Sequence[Condition]) -> list[tuple[str, float, dict[str, Any]]]:
         expr = filter_expression(conditions)

@@ -271,6 +271,14 @@ class PineconeStore(TwoStageStore):
             found.update(index.fetch(ids=chunk, namespace=self.namespace).vectors)
         return found
 
+    def _get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        # The full index holds the whole payload (the coarse one only the filterable metadata).
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _fetch_chunks(keys):
+            vectors = self._full.fetch(ids=chunk, namespace=self.namespace).vectors
+            found.update({key: _payload(v.metadata) for key, v in vectors.items()})
+        return found
+
     def _two_stage(self, coarse: list[float], full: list[float], k: int, candidates: int,
                    conditions: Sequence[Condition]) -> list[tuple[str, float, dict[str, Any]]]:
         if k > MAX_TOP_K:

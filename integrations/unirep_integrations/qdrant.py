@@ -78,6 +78,10 @@ class QdrantStore(TwoStageStore):
         found = self.client.retrieve(self.collection, ids=list(keys), with_payload=False, with_vectors=False)
         return {str(p.id) for p in found}
 
+    def _get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found = self.client.retrieve(self.collection, ids=list(keys), with_payload=True, with_vectors=False)
+        return {str(p.id): dict(p.payload or {}) for p in found}
+
     def _two_stage(self, coarse: list[float], full: list[float], k: int, candidates: int,
                    conditions: Sequence[Condition]) -> list[tuple[str, float, dict[str, Any]]]:
         m = self._models

@@ -321,6 +321,14 @@ class WeaviateStore(TwoStageStore):
                                               return_properties=[])
         return {str(o.uuid) for o in found.objects}
 
+    def _get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        Filter = self._wvc.query.Filter
+        found = self._col.query.fetch_objects(filters=Filter.by_id().contains_any(unique), limit=len(unique))
+        return {str(o.uuid): self._payload(o.properties) for o in found.objects}
+
     def _two_stage(self, coarse: list[float], full: list[float], k: int, candidates: int,
                    conditions: Sequence[Condition]) -> list[tuple[str, float, dict[str, Any]]]:
         flt = self._filter(conditions)

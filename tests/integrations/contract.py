@@ -82,8 +82,11 @@ class StoreContract:
         hit = store.search(text="một văn bản tiếng Việt", k=1)[0]
         assert hit.id == "doc-42"
         assert hit.payload == meta
+        got = store.get(["doc-42", "no-such-id"])
+        assert [(h.id, h.payload, h.text) for h in got] == [("doc-42", meta, "một văn bản tiếng Việt")]
         store.delete(["doc-42"])
         assert store.count() == 0
+        assert store.get(["doc-42"]) == []
 
     @pytest.mark.parametrize(
         "flt",

@@ -8,7 +8,6 @@ import os
 import time
 import uuid
 
-import numpy as np
 import pytest
 
 pytest.importorskip("weaviate")
