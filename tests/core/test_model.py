@@ -225,3 +225,14 @@ def test_pooling_modes(text_dir, mode):
             "multi_layer": torch.cat([out.hidden_states[k][0, 0] for k in layers]),
         }[mode]
         torch.testing.assert_close(got[i], torch.nn.functional.normalize(expect, dim=0), atol=1e-5, rtol=1e-4)
+
+
+def test_untrained_projector_is_identical_across_builds(tmp_path):
+    """Two processes building the same untrained model must embed images identically."""
+    text_dir = build_tiny_text_encoder(tmp_path / "enc")
+    torch.manual_seed(1)
+    a = UniRep.from_config(tiny_fusion_config(text_dir), device="cpu")
+    torch.manual_seed(2)
+    b = UniRep.from_config(tiny_fusion_config(text_dir), device="cpu")
+    img = make_image(4)
+    np.testing.assert_allclose(a.encode(images=img), b.encode(images=img), atol=1e-6)

@@ -76,7 +76,11 @@ class FusionBackbone(Backbone):
         self.num_layers = int(tcfg.num_hidden_layers)
         self.max_length = int(self.config.get("max_length", min(512, tcfg.max_position_embeddings)))
         self.cells = self.grid * self.grid
-        self.projector = ImageProjector(tower.out_channels, self.hidden_size, self.cells)
+        # An untrained projector must be the same in every process, or vectors written by one
+        # run would not match queries of the next: seed its init from the config.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.config.get("init_seed", 0)))
+            self.projector = ImageProjector(tower.out_channels, self.hidden_size, self.cells)
         self.trained_modules = tuple(self.config.get("trained_modules", ("projector",)))
         specials = self.tokenizer.encode("").ids
         if len(specials) != 2:
