@@ -1,5 +1,5 @@
 """Smoke tests: ``examples/langchain_rag.py`` runs offline with a tiny model, and the LangChain
-snippet of ``docs_snippets_frameworks.md`` runs as written (with the tiny model's directory in
+snippet in the README's "Use with LangChain / LlamaIndex" section runs as written (with the tiny model's directory in
 place of ``unirep-mini``)."""
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def tiny_dir(tiny_model, tmp_path_factory):
 
 
 def snippet(n: int) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs_snippets_frameworks.md").read_text(), re.S)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Use with LangChain / LlamaIndex", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     return blocks[n]
 
 

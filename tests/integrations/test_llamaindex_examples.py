@@ -1,5 +1,5 @@
 """Smoke tests: ``examples/llamaindex_multimodal.py`` runs offline with a tiny model, and the
-LlamaIndex snippet of ``docs_snippets_frameworks.md`` runs as written (with the tiny model's
+LlamaIndex snippet in the README's "Use with LangChain / LlamaIndex" section runs as written (with the tiny model's
 directory in place of ``unirep-mini``)."""
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def test_llamaindex_multimodal_example(tiny_dir, tmp_path):
 def test_llamaindex_snippet_runs(tiny_dir, monkeypatch, capsys):
     from llama_index.core import Settings
 
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs_snippets_frameworks.md").read_text(), re.S)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Use with LangChain / LlamaIndex", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     code = blocks[1]
     assert '"unirep-mini"' in code
     monkeypatch.chdir(ROOT)
