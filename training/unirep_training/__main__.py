@@ -1,0 +1,3 @@
+from .cli import main
+
+raise SystemExit(main(prog="python -m unirep_training"))
