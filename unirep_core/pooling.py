@@ -30,6 +30,12 @@ class Pooler(nn.Module):
         return hidden_size * len(self.layers) if self.mode == "multi_layer" else hidden_size
 
     def forward(self, out: BackboneOutput) -> torch.Tensor:
+        pooled = self._pool(out)
+        if out.pooled_residual is not None and self.mode != "multi_layer":
+            pooled = pooled + out.pooled_residual.to(pooled.dtype)
+        return pooled
+
+    def _pool(self, out: BackboneOutput) -> torch.Tensor:
         states, mask = out.last_hidden_state, out.attention_mask
         if self.mode == "mean":
             m = mask.to(states.dtype).unsqueeze(-1)

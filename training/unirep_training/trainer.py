@@ -174,13 +174,25 @@ class Trainer:
         assert total is not None
         return total, logs
 
+    def _trained_parts_train(self, on: bool) -> None:
+        """Dropout of the trained parts is on during steps only; the frozen backbone stays in
+        eval mode (its features must match the caches) and evaluation sees no dropout."""
+        bb = self.model.backbone
+        for name in bb.trained_modules:
+            bb.get_submodule(name).train(on)
+        self.model.head.train(on)
+
     def train_step(self) -> dict[str, Any]:
         """Run step ``self.step`` (skipping the update when loss or gradients are not finite)."""
         step = self.step
         name, samples = self.sampler.batch(step)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logs = self._batch_loss(samples)
+        self._trained_parts_train(True)
+        try:
+            loss, logs = self._batch_loss(samples)
+        finally:
+            self._trained_parts_train(False)
         reason = None
         norms: dict[str, float] = {}
         if not torch.isfinite(loss):

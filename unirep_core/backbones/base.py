@@ -38,11 +38,14 @@ class Item:
 @dataclass
 class BackboneOutput:
     """Token states of the last layer, the attention mask (1 = real token) and, when asked,
-    the states of every layer (``hidden_states[0]`` is the embedding output)."""
+    the states of every layer (``hidden_states[0]`` is the embedding output).
+    ``pooled_residual`` (B, H), when set, is added to the pooled vector of each item (the
+    fusion backbone's whole-image path)."""
 
     last_hidden_state: torch.Tensor  # (B, T, H)
     attention_mask: torch.Tensor  # (B, T) long/bool
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    pooled_residual: torch.Tensor | None = None
 
 
 class Backbone(nn.Module, ABC):
