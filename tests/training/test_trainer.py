@@ -143,3 +143,28 @@ def test_text_lora_on_fusion_trains_without_text_cache(tiny_config):
     tr.train()
     assert any(p.detach().abs().sum() > 0 for n, p in tr.model.named_parameters() if "lora_B" in n)
     assert tr.model.config.backbone["text"]["lora"] == {"layers": [1], "r": 2, "alpha": 4}
+
+
+def test_stage_two_freezes_the_projector_and_trains_the_summary(tiny_config, tmp_path):
+    """configs/mini-images.yaml's recipe: add the whole-image path to a trained model, keep the
+    projector as loaded, export both."""
+    summary = "model.overrides={backbone: {vision: {dropout: 0.3, summary: {hidden: 16}}}}"
+    cfg = tiny_config(CAPTIONS_ONLY, "run.steps=4", "model.freeze=[projector]", summary, "data.dev=[]",
+                      "optim.lr.image_summary=0.01", name="stage2")
+    tr = Trainer(cfg, command="test", resume="none")
+    before = {k: v.clone() for k, v in tr.model.trained_state_dict().items()}
+    assert any(k.startswith("backbone.image_summary.") for k in before)
+    tr.train()
+    after = tr.model.trained_state_dict()
+    for k in before:
+        if k.startswith("backbone.projector."):
+            assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.image_summary."))
+    assert not tr.model.backbone.projector.training and not tr.model.backbone.image_summary.training
+    out = tr.export(tmp_path / "export")
+    loaded = UniRep.from_pretrained(out, device="cpu")
+    img = [make_image(11)]
+    np.testing.assert_allclose(loaded.encode(images=img), tr.model.encode(images=img), atol=1e-5)
+
+    with pytest.raises(ValueError, match="not trained modules"):
+        Trainer(tiny_config("model.freeze=[vision]", name="bad"), command="test", resume="none")

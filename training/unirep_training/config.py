@@ -60,6 +60,10 @@ class ModelSection:
     #: LoRA on the text encoder of a fusion backbone: {"layers": [10, 11], "r": 8, "alpha": 16}
     text_lora: dict[str, Any] | None = None
     gradient_checkpointing: bool = False  # hf_vlm backbones
+    #: trained modules kept at their loaded values in this run (still saved by export), e.g.
+    #: ["projector"] to train a new part on top of an earlier run without paying for the
+    #: backward pass through the frozen text transformer
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass

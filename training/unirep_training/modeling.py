@@ -41,6 +41,11 @@ def base_config(section: ModelSection) -> tuple[dict[str, Any], Path | None]:
         if isinstance(cfg, str):
             cfg = json.loads(Path(cfg).read_text("utf-8"))
         weights_dir = None
+    elif not section.load_weights and registered_config_path(section.name_or_path) is not None:
+        # Training from scratch: the registered architecture, not the config a shipped
+        # (earlier) version of the model was saved with.
+        cfg = json.loads(registered_config_path(section.name_or_path).read_text("utf-8"))  # type: ignore[union-attr]
+        weights_dir = None
     else:
         cfg, weights_dir = _source_dir(section.name_or_path)
     cfg = deep_merge(cfg, section.overrides or {})
@@ -72,9 +77,16 @@ def build_model(section: ModelSection, device: torch.device | str) -> UniRep:
         add_text_lora(model, section.text_lora)
     for p in model.head.parameters():
         p.requires_grad_(True)
+    unknown = sorted(set(section.freeze) - set(model.backbone.trained_modules) - {"head"})
+    if unknown:
+        raise ValueError(f"model.freeze names {unknown}, which are not trained modules of this model "
+                         f"({['head', *model.backbone.trained_modules]})")
     for name in model.backbone.trained_modules:
         for p in model.backbone.get_submodule(name).parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(name not in section.freeze)
+    if "head" in section.freeze:
+        for p in model.head.parameters():
+            p.requires_grad_(False)
     # Trained parameters live in float32 (master weights) even when the base model runs in
     # bf16/fp16: Adam updates of half-precision weights underflow. peft casts the LoRA input to
     # the adapter's dtype and the output back, so a bf16 backbone keeps running in bf16.

@@ -178,9 +178,9 @@ class Trainer:
         """Dropout of the trained parts is on during steps only; the frozen backbone stays in
         eval mode (its features must match the caches) and evaluation sees no dropout."""
         bb = self.model.backbone
-        for name in bb.trained_modules:
-            bb.get_submodule(name).train(on)
-        self.model.head.train(on)
+        parts = [bb.get_submodule(name) for name in bb.trained_modules] + [self.model.head]
+        for part in parts:  # a part frozen by model.freeze stays as it was loaded: no dropout
+            part.train(on and any(p.requires_grad for p in part.parameters()))
 
     def train_step(self) -> dict[str, Any]:
         """Run step ``self.step`` (skipping the update when loss or gradients are not finite)."""

@@ -144,6 +144,9 @@ def _fill(store: FeatureStore, keys: list[str], compute: Callable[[list[int]], n
     bar.close()
 
 
+_NOT_FEATURE_KEYS = ("dropout", "summary")
+
+
 class ImageFeatureCache:
     """Pooled vision-tower feature maps of image files, for a fusion backbone."""
 
@@ -155,7 +158,11 @@ class ImageFeatureCache:
         self.backbone = backbone
         tower = _tower(backbone)
         settings = {
-            "kind": "image", "vision": backbone.config.get("vision", {}), "image_size": backbone.image_size,
+            # Only what changes the features: training-time options (dropout) and the trained
+            # summary path share the cache.
+            "kind": "image",
+            "vision": {k: v for k, v in backbone.config.get("vision", {}).items() if k not in _NOT_FEATURE_KEYS},
+            "image_size": backbone.image_size,
             "grid": backbone.grid, "mean": backbone.mean, "std": backbone.std, "dtype": dtype,
             "tower": type(tower).__name__,
         }
