@@ -84,3 +84,33 @@ def test_summary_round_trip_and_dropout_only_in_train_mode(text_dir, tmp_path):
         assert not torch.equal(summary(cells), summary(cells))
     finally:
         summary.eval()
+
+
+def test_images_alone_embeds_image_items_by_the_summary_only(text_dir):
+    model = UniRep.from_config(_config(text_dir, {"hidden": 16, "images_alone": True}), device="cpu")
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in model.backbone.image_summary.parameters():
+            p.normal_(0, 0.5)
+    a, b = make_image(1), make_image(2)
+    from unirep_core.backbones.base import Item
+
+    bb = model.backbone
+    batch = model.prepare([Item(None, [a, b]), Item("query: a cat", [a]), Item("query: text", [])])
+    assert batch["stream_rows"].tolist() == [False, True, True]
+    assert batch["image_in_stream"].tolist() == [False, False, True]
+    assert int(batch["image_slots"][0].sum()) == 0 and int(batch["image_slots"][1].sum()) == bb.cells
+
+    with torch.no_grad():
+        cells = bb.image_cells(batch["pixel_values"])
+        expected = model.head((bb.image_summary(cells[:1]) + bb.image_summary(cells[1:2])) / 2)
+        got = model(batch)
+    torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+
+    # mixed batches equal separate ones: skipping rows must not disturb the others
+    together = model.encode(text=[None, "a cat", "text"], images=[[a, b], [a], None])
+    apart = np.concatenate([model.encode(images=[[a, b]]), model.encode(text=["a cat"], images=[[a]]),
+                            model.encode(text=["text"])])
+    np.testing.assert_allclose(together, apart, atol=1e-5)
+    # the item with text still goes through the fused stream: its vector depends on the text
+    assert np.abs(model.encode(text=["a dog"], images=[[a]]) - model.encode(text=["a cat"], images=[[a]])).max() > 1e-3
