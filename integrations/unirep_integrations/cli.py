@@ -23,6 +23,11 @@ def register(sub: Any) -> None:
     idx.add_argument("--model", default="unirep-mini")
     idx.add_argument("--coarse-dim", type=int, default=None)
     idx.add_argument("--batch-size", type=int, default=32, help="items per encoder batch")
+    idx.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this process; ray: Ray Data actors encode, many machines (extra: ray)")
+    idx.add_argument("--address", default=None, help="ray: the cluster to join ('auto'; default: start Ray here)")
+    idx.add_argument("--actors", type=int, default=None,
+                     help="ray: encoder actors, one model each (default: one per GPU, else one per 4 CPUs)")
     idx.set_defaults(func=_index)
 
     srch = sub.add_parser("search", help="two-stage search: truncated vector retrieves, full vector scores")
@@ -49,6 +54,8 @@ def _open(args: argparse.Namespace):
 
 
 def _index(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        return _index_ray(args)
     from tqdm.auto import tqdm
 
     from .base import AddResult, content_id
@@ -91,6 +98,27 @@ def _index(args: argparse.Namespace) -> int:
         close = getattr(store, "close", None)
         if close:
             close()
+    return _summary(total, args)
+
+
+def _index_ray(args: argparse.Namespace) -> int:
+    from .ray import IngestError, index_with_ray
+
+    try:
+        total = index_with_ray(args.paths, args.db or os.environ.get("UNIREP_DB", DEFAULT_DB), model=args.model,
+                               collection=args.collection, coarse_dim=args.coarse_dim, batch_size=args.batch_size,
+                               actors=args.actors, address=args.address)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to finish "
+              "(stored items are skipped, nothing is duplicated)", file=sys.stderr)
+        return 130
+    except IngestError as e:
+        print(f"unirep index: {e}", file=sys.stderr)
+        return 1
+    return _summary(total, args)
+
+
+def _summary(total: Any, args: argparse.Namespace) -> int:
     print(f"{len(total.added)} added, {len(total.skipped)} skipped (already indexed), {len(total.failed)} failed"
           f" -> {args.db or os.environ.get('UNIREP_DB', DEFAULT_DB)} [{args.collection}]")
     for origin, reason in total.failed.items():
