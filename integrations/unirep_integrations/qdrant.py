@@ -4,10 +4,19 @@
 query=full, using=<full>)`` runs both stages in one request on the server. Works with
 local mode (``path=``, ``":memory:"``) and a server URL. The coarse vector can be stored
 quantized (scalar int8 or binary) with rescoring, cutting its RAM a further 4-32x.
+
+Local mode is the exception to the one request: its re-query turns the candidate ids into a
+``HasId`` filter that it checks point by point in Python over the whole collection, which made
+two-stage search 6-12x *slower* than a full-vector query at 20k points
+(``benchmarks/search.py``). There the coarse query returns the candidates' full vectors and
+they are rescored here, in NumPy: same scores (cosine of unit vectors), cost proportional to
+the candidates.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+import numpy as np
 
 from unirep_core import UniRep
 from unirep_core.optional import require
@@ -38,6 +47,7 @@ class QdrantStore(TwoStageStore):
             self.client = qdrant.QdrantClient(url=location, api_key=api_key)
         else:
             self.client = qdrant.QdrantClient(path=location)
+        self._local = _is_local(self.client)
         self._ensure_collection()
 
     def _ensure_collection(self) -> None:
@@ -89,6 +99,8 @@ class QdrantStore(TwoStageStore):
         search_params = None
         if self.quantization:
             search_params = m.SearchParams(quantization=m.QuantizationSearchParams(rescore=True, oversampling=2.0))
+        if self._local:
+            return self._two_stage_local(coarse, full, k, candidates, flt)
         result = self.client.query_points(
             self.collection,
             prefetch=m.Prefetch(query=coarse, using=self.coarse_name, limit=candidates, filter=flt,
@@ -99,6 +111,23 @@ class QdrantStore(TwoStageStore):
             with_payload=True,
         )
         return [(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
+
+    def _two_stage_local(self, coarse: list[float], full: list[float], k: int, candidates: int,
+                         flt: Any) -> list[tuple[str, float, dict[str, Any]]]:
+        # Local mode searches exactly and ignores quantization (it warns if given search_params).
+        found = self.client.query_points(self.collection, query=coarse, using=self.coarse_name, limit=candidates,
+                                         query_filter=flt, with_payload=True,
+                                         with_vectors=[self.full_name]).points
+        if not found:
+            return []
+        vectors = np.asarray([p.vector[self.full_name] for p in found], dtype=np.float32)  # type: ignore[index]
+        q = np.asarray(full, dtype=np.float32)
+        q /= max(float(np.linalg.norm(q)), 1e-12)
+        # Qdrant stores cosine vectors normalised; normalising again keeps the score exact for
+        # vectors written by other clients.
+        scores = vectors @ q / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(str(found[i].id), float(scores[i]), dict(found[i].payload or {})) for i in order]
 
     def _delete(self, keys: Sequence[str]) -> None:
         self.client.delete(self.collection, points_selector=self._models.PointIdsList(points=list(keys)), wait=True)
@@ -139,3 +168,12 @@ def _equals(m: Any, key: str, value: Any) -> Any:
     if isinstance(value, float):  # MatchValue takes str/int/bool only
         return m.FieldCondition(key=key, range=m.Range(gte=value, lte=value))
     return m.FieldCondition(key=key, match=m.MatchValue(value=value))
+
+
+def _is_local(client: Any) -> bool:
+    """Whether ``client`` runs Qdrant's embedded local mode (``path=`` / ``":memory:"``)."""
+    try:
+        from qdrant_client.local.qdrant_local import QdrantLocal
+    except ImportError:  # pragma: no cover - layout of other qdrant-client versions
+        return False
+    return isinstance(getattr(client, "_client", None), QdrantLocal)
