@@ -255,8 +255,28 @@ def sample_smoothed(sm: Smoother, n: int, bandwidth: float, seed: int = 1, chunk
     return out
 
 
+def sample_interpolated(real_docs: np.ndarray, n: int, neighbours: int = 10, mix: int = 3, seed: int = 1,
+                        chunk: int = 65536) -> np.ndarray:
+    """``n`` unit vectors, each a random convex combination (Dirichlet(1) weights) of a random real
+    document and ``mix - 1`` of its ``neighbours`` nearest real documents, re-normalised."""
+    x = np.ascontiguousarray(real_docs, dtype=np.float32)
+    nn = exact_topk(x, x, neighbours + 1)[:, 1:]  # drop the document itself
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, x.shape[1]), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        parent = rng.integers(0, len(x), m)
+        picks = nn[parent[:, None], rng.integers(0, neighbours, (m, mix - 1))]
+        members = np.concatenate([parent[:, None], picks], axis=1)  # (m, mix)
+        w = rng.dirichlet(np.ones(mix), size=m).astype(np.float32)
+        out[start : start + m] = normalize(np.einsum("mk,mkd->md", w, x[members]))
+    return out
+
+
 def synthesize(real_docs: np.ndarray, n: int, method: str = "smoothed", bandwidth: float = 0.4,
                clusters: int = 256, seed: int = 1) -> np.ndarray:
+    if method == "interpolated":
+        return sample_interpolated(real_docs, n, seed=seed)
     if method == "smoothed":
         return sample_smoothed(fit_smoother(real_docs), n, bandwidth, seed=seed)
     if method == "mixture":
@@ -265,6 +285,8 @@ def synthesize(real_docs: np.ndarray, n: int, method: str = "smoothed", bandwidt
 
 
 METHODS = {
+    "interpolated": "convex combinations (Dirichlet(1) weights) of a random real document and 2 of its 10 "
+                    "nearest real documents, L2-normalised",
     "smoothed": "smoothed bootstrap in the PCA basis: a random real document + Gaussian noise with "
                 "bandwidth^2 x the real covariance (eigen-decomposed), L2-normalised",
     "mixture": "Gaussian mixture: k-means centres of the real documents + pooled within-cluster "
@@ -338,6 +360,19 @@ def matryoshka_recall(docs: np.ndarray, queries: np.ndarray, dims: Sequence[int]
     return out
 
 
+def local_intrinsic_dim(docs: np.ndarray, queries: np.ndarray, k: int = 20, exclude_self: bool = False) -> float:
+    """Median maximum-likelihood local intrinsic dimensionality (Levina-Bickel) of the queries'
+    ``k`` nearest documents: how hard nearest-neighbour search is around them."""
+    ids = exact_topk(docs, queries, k + int(exclude_self))
+    if exclude_self:
+        ids = ids[:, 1:]
+    sims = np.einsum("qkd,qd->qk", np.asarray(docs)[ids.ravel()].reshape(*ids.shape, -1), queries)
+    dist = np.sqrt(np.clip(2 - 2 * sims, 1e-12, None))
+    dist = np.sort(dist, axis=1)
+    lid = -1.0 / np.mean(np.log(dist[:, :-1] / dist[:, -1:]), axis=1)
+    return round(float(np.median(lid)), 2)
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     k = truth.shape[1]
     hits = sum(len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth))
@@ -350,7 +385,8 @@ def spectrum_check(real_docs: np.ndarray, queries: np.ndarray, synthetic: np.nda
 
     - per-dimension variance profile (and the share of variance in each Matryoshka prefix);
     - exact Matryoshka recall@k of the real queries against an equal-sized synthetic set vs
-      against the real documents.
+      against the real documents;
+    - local intrinsic dimensionality (how hard nearest-neighbour search is locally).
     """
     m = min(len(real_docs), len(synthetic))
     syn = np.asarray(synthetic[:m])
@@ -373,6 +409,11 @@ def spectrum_check(real_docs: np.ndarray, queries: np.ndarray, synthetic: np.nda
         "mean_query_top1_similarity_real_synthetic": [
             round(float(np.max(queries @ real_docs[:m].T, axis=1).mean()), 4),
             round(float(np.max(queries @ syn.T, axis=1).mean()), 4)],
+        "local_intrinsic_dim_docs_real_synthetic": [
+            local_intrinsic_dim(real_docs, real_docs[: min(1000, m)], exclude_self=True),
+            local_intrinsic_dim(syn, syn[: min(1000, m)], exclude_self=True)],
+        "local_intrinsic_dim_queries_real_synthetic": [local_intrinsic_dim(real_docs[:m], queries),
+                                                       local_intrinsic_dim(syn, queries)],
         "matryoshka_recall_real": rec_real,
         "matryoshka_recall_synthetic": rec_syn,
         "matryoshka_recall_max_abs_gap": round(float(gap), 4),
