@@ -19,6 +19,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import platform
 import sys
@@ -137,34 +138,53 @@ def _steady(run: dict[str, Any]) -> float:
     return run["items"] / t["span_s"] if t.get("span_s", 0) > 0 else float("nan")
 
 
+def _break_even(local: dict[str, Any], run: dict[str, Any]) -> float:
+    """Corpus size past which ``run`` beats the local engine end to end, extrapolating each as a
+    fixed cost plus items at its steady rate (inf when Ray's steady rate is not the higher)."""
+    fixed_ray = run["wall_s"] - run["items"] / run["steady_items_per_s"]
+    fixed_local = local["wall_s"] - local["items"] / local["steady_items_per_s"]
+    gain = 1 / local["steady_items_per_s"] - 1 / run["steady_items_per_s"]
+    return max(0.0, (fixed_ray - fixed_local) / gain) if gain > 0 else math.inf
+
+
 def _scaling(costs: dict[str, float], runs: list[dict[str, Any]], batch_size: int, cores: int) -> list[str]:
     """The scaling argument, in numbers taken from this run's measurements."""
     d, e, w, o = costs["decode"], costs["encode"], costs["write"], costs["ray_overhead"]
     b = batch_size
     cpu_side = d + max(o, 0.0)  # what stays on CPU per batch when a GPU does the encoding
-    by_engine = {r["engine"]: r for r in runs}
-    ratios = ", ".join(f"{r['engine']} {r['ratio_vs_local']:.2f}x end to end / {r['steady_ratio_vs_local']:.2f}x "
-                       f"steady" for r in runs if r["actors"])
-    return [
+    local, rays = runs[0], [r for r in runs if r["actors"]]
+    items = local["items"]
+    lines = [
         (f"Per batch of {b} (this corpus's mix): decode {d:.0f} ms, encode {e:.0f} ms, driver write {w:.0f} ms, "
          f"Ray overhead {o:.0f} ms (idle actor time per call inside the pool's working window). Encode is "
          f"{100 * e / (d + e + w + max(o, 0.0)):.0f}% of it: on CPU, ingest is encoder-bound."),
-        (f"On this {cores}-core machine Ray cannot add compute, only overhead: vs the local engine {ratios}. "
-         f"Two 1-thread actors do no better than one 2-thread actor because torch already used both cores "
-         f"(ray-1 steady {by_engine.get('ray-1', {}).get('steady_items_per_s', float('nan')):.1f} items/s, "
-         f"ray-2 {by_engine.get('ray-2', {}).get('steady_items_per_s', float('nan')):.1f}). On CPU, Ray pays off "
-         f"across machines: k nodes give up to k times one node's rate, until the writer below."),
+    ]
+    for r in rays:
+        t = r["timings"]
+        n_star = _break_even(local, r)
+        lines.append(
+            f"{r['engine']} on this {cores}-core machine: {r['ratio_vs_local']:.2f}x the local engine end to end on "
+            f"{items} items. Its fixed costs (scan {t['scan_s']:.1f} s, actor start-up and model loads "
+            f"{t['startup_s']:.1f} s) weigh against a steady phase at {r['steady_items_per_s']:.1f} items/s "
+            f"({t['threads']:.0f} torch thread(s) per actor, writes overlapped with encoding) vs the local engine's "
+            f"{local['steady_items_per_s']:.1f}; "
+            + (f"extrapolating both, it passes the local engine from about {n_star:.0f} items."
+               if math.isfinite(n_star) else "it does not pass the local engine at any corpus size here."))
+    lines += [
+        ("The cores are the limit on one machine; on CPU, Ray adds throughput across machines: k nodes give up to "
+         "k times one node's steady rate, until the writer limit below."),
         (f"A GPU actor takes the encode term off the CPU. What stays per batch is decode plus Ray overhead, "
          f"{cpu_side:.0f} ms, so a GPU actor is encoder-bound only while its batch takes more than {cpu_side:.0f} "
          f"ms, i.e. while the GPU is less than {e / max(cpu_side, 1e-9):.0f}x faster than this CPU's {e:.0f} ms. "
          f"Past that, one GPU actor runs at about {b / max(cpu_side, 1e-9) * 1000:.0f} items/s and more actors "
          f"per GPU (fractional num_gpus) or more CPUs per actor for decoding are what help."),
         (f"Embedded URIs (Qdrant local, Milvus Lite) have one writer, the driver: at {w:.0f} ms per batch of "
-         f"{b} it caps ingest at about {b / max(w, 1e-9) * 1000:.0f} items/s however many actors encode, which "
-         f"{'GPU actors reach' if b / max(w, 1e-9) < b / max(cpu_side, 1e-9) else 'is above one GPU actor'}. "
+         f"{b} it caps ingest at about {b / max(w, 1e-9) * 1000:.0f} items/s however many actors encode: "
+         f"{math.ceil(cpu_side / max(w, 1e-9))} GPU actor(s) at the rate above reach it. "
          f"Past that cap, index into a server URI (qdrant+http, milvus+http, weaviate, pinecone): every actor "
          f"then writes its own batches."),
     ]
+    return lines
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -280,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         r["steady_items_per_s"] = _steady(r)
         r["ratio_vs_local"] = r["items_per_s"] / local["items_per_s"]
         r["steady_ratio_vs_local"] = r["steady_items_per_s"] / local["steady_items_per_s"]
+    for r in runs[1:]:
+        n_star = _break_even(local, r)
+        r["break_even_items"] = round(n_star) if math.isfinite(n_star) else None  # None: never
     # Ray overhead per batch: actor-seconds inside the pool's working window not spent in our
     # code (decode, encode, payloads), per encoder call; averaged over the Ray runs.
     overheads = [1000 * (r["timings"]["actors"] * r["timings"]["span_s"] - r["timings"]["busy_s"])
