@@ -536,8 +536,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # 3. FAISS
     t0 = time.perf_counter()
     # Indexes and ground truth depend on the extension too, not only on the real vectors.
-    data_key = f"{key}-{ext_info['method']}" + (f"-h{ext_info['bandwidth']}" if "bandwidth" in ext_info else "") \
-        + f"-s{ext_info['seed']}"
+    data_key = f"{key}-{ext_info['tag']}"
     faiss_res = run_faiss(args, np.asarray(docs[: args.n]) if args.smoke else docs[: args.n], real.queries, data_key,
                           cache)
     run_s["faiss_s"] = round(time.perf_counter() - t0, 1)

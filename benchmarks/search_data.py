@@ -302,10 +302,11 @@ def extend(real_docs: np.ndarray, n: int, cache: Path | None = None, key: str = 
                             "description": METHODS[method], "seed": seed}
     if method == "smoothed":
         info["bandwidth"] = bandwidth
+    # What the synthetic part depends on: files derived from the extended set carry it too.
+    info["tag"] = (f"{method}-h{bandwidth}" if method == "smoothed" else method) + f"-s{seed}"
     if n_syn == 0:
         return np.ascontiguousarray(real_docs[:n]), info
-    tag = f"{method}-h{bandwidth}" if method == "smoothed" else method
-    path = cache / f"extended-{key}-{n}-{tag}-s{seed}.npy" if cache is not None and key else None
+    path = cache / f"extended-{key}-{n}-{info['tag']}.npy" if cache is not None and key else None
     if path is not None and path.exists():
         return np.load(path, mmap_mode="r"), info
     out = np.concatenate([real_docs, synthesize(real_docs, n_syn, method, bandwidth, seed=seed)])

@@ -142,24 +142,17 @@ class UniRep(nn.Module):
         return self.config.prefixes[task]
 
     # -- encoding -------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Full-size, un-normalised head output of a prepared batch (differentiable)."""
+    def forward(self, batch: dict[str, Any], *, fast: bool = False) -> torch.Tensor:
+        """Full-size, un-normalised head output of a prepared batch (differentiable).
+        ``fast=True`` (inference) takes the backbone's fast path where it has one."""
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        out = self.backbone.encode_tokens(batch, output_hidden_states=self.pooler.needs_hidden_states)
+        extra = {"fast": True} if fast and getattr(self.backbone, "fast_text_encoder", None) else {}
+        out = self.backbone.encode_tokens(batch, output_hidden_states=self.pooler.needs_hidden_states, **extra)
         pooled = self.pooler(out)
         return self.head(pooled.to(self.head.proj.weight.dtype))
 
     def prepare(self, items: Sequence[Item]) -> dict[str, Any]:
         return self.backbone.prepare(items)
-
-    def _embed_batch(self, batch: dict[str, Any], fast: bool) -> torch.Tensor:
-        """``forward`` for inference: the backbone's fast path when asked and available."""
-        if not (fast and getattr(self.backbone, "fast_text_encoder", None)):
-            return self(batch)
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        out = self.backbone.encode_tokens(batch, output_hidden_states=self.pooler.needs_hidden_states, fast=True)
-        pooled = self.pooler(out)
-        return self.head(pooled.to(self.head.proj.weight.dtype))
 
     def encode(
         self,
@@ -216,7 +209,7 @@ class UniRep(nn.Module):
                     batch = self.backbone.prepare(items)
                 except ItemError as e:
                     raise ValueError(f"item {chunk[e.position].index}: {e.message}") from e
-                out[idx] = self._embed_batch(batch, use_fast).float().cpu()
+                out[idx] = self(batch, fast=use_fast).float().cpu()
         vectors = truncate(out, dim)
         if convert_to == "torch":
             return vectors
