@@ -1,4 +1,5 @@
 """Readers of every format, duplicate linking, splits, the task-mixing sampler and the curriculum."""
+import itertools
 import json
 from collections import Counter
 
@@ -151,6 +152,54 @@ def test_sampler_state_resumes_exactly():
     assert got == expect
     with pytest.raises(ValueError, match="seed"):
         TaskMixSampler(src, w, 2, seed=2).load_state_dict(state)
+
+
+def _captioned(images: int, captions: int):
+    return [Sample("caption", Side(f"cap {i}.{j}", (), "query"), Side(None, (f"im{i}.jpg",), "document"),
+                   group=f"im{i}") for i in range(images) for j in range(captions)]
+
+
+def test_sampler_per_group_draws_pictures_with_several_captions():
+    src = {"img": _captioned(9, 5)}
+    s = TaskMixSampler(src, {"img": 1.0}, 12, seed=3, per_group={"img": 4})
+    seen = Counter()
+    for step in range(30):
+        _, batch = s.batch(step)
+        assert len(batch) == 12
+        per_image = Counter(x.group for x in batch)
+        # 3 pictures x 4 captions, each caption once
+        assert sorted(per_image.values()) == [4, 4, 4]
+        assert len({x.a.text for x in batch}) == 12
+        seen.update(x.a.text for x in batch)
+    # 90 groups drawn = 10 epochs over 9 pictures: every picture 10 times, and the 4 of 5
+    # captions picked change between epochs
+    assert Counter(t.split(".")[0] for t in seen.elements()) == {f"cap {i}": 40 for i in range(9)}
+    assert len(seen) == 45
+    # resumable from the group count, like the plain draw
+    again = TaskMixSampler(src, {"img": 1.0}, 12, seed=3, per_group={"img": 4})
+    expect = [again.batch(k) for k in range(8)]
+    first = TaskMixSampler(src, {"img": 1.0}, 12, seed=3, per_group={"img": 4})
+    got = [first.batch(k) for k in range(3)]
+    second = TaskMixSampler(src, {"img": 1.0}, 12, seed=3, per_group={"img": 4})
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert got + [second.batch(k) for k in range(3, 8)] == expect
+    with pytest.raises(ValueError, match="per_group"):
+        TaskMixSampler(src, {"img": 1.0}, 12, per_group={"img": 0})
+
+
+def test_sampler_per_group_fills_batch_across_groups_and_keeps_ungrouped_sources():
+    src = {"img": _captioned(20, 3), "txt": _toy_sources()["txt"]}
+    s = TaskMixSampler(src, {"img": 1.0, "txt": 1.0}, {"img": 5, "txt": 3}, seed=0, per_group={"img": 2})
+    batches = [s.batch(k) for k in range(40)]
+    img = [b for name, b in batches if name == "img"]
+    assert img and all(len(b) == 5 for b in img)
+    # a batch is filled with runs of <= 2 captions of one picture (3 pictures for 5 slots; the
+    # last one cut short)
+    runs = [len(list(g)) for b in img for _, g in itertools.groupby(x.group for x in b)]
+    assert max(runs) == 2 and min(runs) == 1
+    plain = TaskMixSampler({"txt": src["txt"]}, {"txt": 1.0}, 3, seed=0)
+    txt = [b for name, b in batches if name == "txt"]
+    assert txt == [plain._take("txt", 3) for _ in txt]
 
 
 def test_curriculum_schedule():

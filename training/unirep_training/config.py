@@ -83,6 +83,7 @@ class SourceConfig:
     weight: float = 1.0
     batch_size: int | None = None
     max_samples: int | None = None  # deterministic subset (first N after a seeded shuffle)
+    per_group: int = 1  # up to this many samples of one group (image) per batch, see TaskMixSampler
     options: dict[str, Any] = field(default_factory=dict)  # reader keywords: split, dev_fraction, seed...
 
     @classmethod

@@ -100,7 +100,8 @@ class Trainer:
 
         sizes = {s.name: int(s.batch_size or config.data.batch_size) for s in config.data.train}
         self.sampler = TaskMixSampler(self.train_sets, {s.name: s.weight for s in config.data.train}, sizes,
-                                      seed=run.seed, curriculum=config.curriculum)
+                                      seed=run.seed, curriculum=config.curriculum,
+                                      per_group={s.name: s.per_group for s in config.data.train})
 
         self.groups = trainable_groups(self.model, self.objective)
         param_groups = []
