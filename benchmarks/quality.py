@@ -2,6 +2,10 @@
 
     python benchmarks/quality.py --models unirep-mini runs/unirep-mini/export \
         --data ../shared/data --out benchmarks/results/quality.json [--limit 500]
+    python benchmarks/quality.py --models unirep-mini --labels "unirep-mini (shipped)" --merge ...
+
+``--labels`` names the rows (default: the model ids); ``--merge`` keeps the other models
+already in ``--out`` (re-measure one model without re-running the rest).
 
 Runs ``unirep_training.evaluate.evaluate_model`` on each model (a registered name is the
 untrained base: e5's own text embeddings, an untrained projector) and prints a Markdown
@@ -26,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--labels", nargs="+", default=None, help="row names, one per model")
+    p.add_argument("--merge", action="store_true", help="keep the other models already in --out")
     args = p.parse_args(argv)
+    labels = args.labels or args.models
+    if len(labels) != len(args.models):
+        p.error(f"--labels needs one name per model ({len(args.models)}), got {len(labels)}")
 
     import torch
 
@@ -35,12 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {}
-    for name in args.models:
-        model = UniRep.from_pretrained(name, device="cpu")
-        results[name] = evaluate_model(model, args.data, batch_size=args.batch_size, limit=args.limit,
-                                       show_progress=True)
     out = Path(args.out)
+    kept = json.loads(out.read_text("utf-8")) if args.merge and out.is_file() else {}
+    results = {}
+    for name, label in zip(args.models, labels):
+        model = UniRep.from_pretrained(name, device="cpu")
+        results[label] = evaluate_model(model, args.data, batch_size=args.batch_size, limit=args.limit,
+                                       show_progress=True)
+    # the models just measured first, then those kept from the earlier file
+    results.update({k: v for k, v in kept.items() if k not in results})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
 

@@ -21,3 +21,13 @@ def test_quality_benchmark_smoke(tiny_model_dir, tiny_data, tmp_path):
     table = out.with_suffix(".md").read_text().splitlines()
     assert len(table) == 2 + len(sizes)
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --merge with --labels: the re-measured model is renamed and listed first, others are kept
+    kept = {"earlier model": result}
+    out.write_text(json.dumps(kept))
+    assert bench.main(["--models", str(tiny_model_dir), "--labels", "tiny (again)", "--merge", "--data",
+                       str(tiny_data), "--out", str(out), "--batch-size", "8"]) == 0
+    merged = json.loads(out.read_text())
+    assert list(merged) == ["tiny (again)", "earlier model"]
+    assert merged["tiny (again)"]["metrics"] == result["metrics"]
+    assert len(out.with_suffix(".md").read_text().splitlines()) == 2 + 2 * len(sizes)
