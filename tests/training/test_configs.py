@@ -1,0 +1,21 @@
+"""Every shipped training config parses (the recipes in the README must not rot)."""
+from pathlib import Path
+
+import pytest
+
+from unirep_training.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1] if p.parent.name != "configs" else p.parent)))
+def test_config_parses(path):
+    cfg = load_config(path)
+    assert cfg.run.steps > 0 and cfg.data.train
+    assert all(s.per_group >= 1 and s.weight >= 0 for s in cfg.data.train)
+    names = [s.name for s in cfg.data.train]
+    assert len(set(names)) == len(names)
+
+
+def test_there_are_configs():
+    assert {p.name for p in CONFIGS} >= {"mini.yaml", "mini-images.yaml", "tiny.yaml"}
