@@ -64,10 +64,10 @@ class TaskMixSampler:
     ``per_group`` (source -> k) draws a source by groups instead of samples: each group (an
     image and its captions) enters a batch with up to ``k`` of its samples, picked afresh each
     epoch. A batch of 256 captions then holds 64 pictures with 4 captions each rather than ~256
-    pictures with one: every picture is pulled towards several descriptions at once, which on
-    Flickr8k dev retrieves better (t->i R@1 0.172 vs 0.169 at k=1, i->t R@1 0.203 vs 0.195 in
-    the stage-2 proxy, measured), and captions of one picture are never each other's negatives.
-    The draw count of such a source counts groups.
+    pictures with one: every picture is pulled towards several descriptions at once (captions of
+    one picture are never each other's negatives). In unirep-mini's stage 2 this raised Flickr8k
+    dev t->i R@10 but lowered i->t R@1 (benchmarks/results/stage2_sweep.md), so the shipped
+    recipe does not use it. The draw count of such a source counts groups.
     """
 
     def __init__(
@@ -101,8 +101,9 @@ class TaskMixSampler:
         self.visual = {n: any(s.has_images for s in self.sources[n]) for n in self.names}
         self.drawn = {n: 0 for n in self.names}
         self.per_group = {n: int((per_group or {}).get(n, 1)) for n in self.names}
-        if any(k < 1 for k in self.per_group.values()):
-            raise ValueError("per_group must be >= 1")
+        for n, k in self.per_group.items():
+            if k < 1:
+                raise ValueError(f"source {n!r}: per_group must be >= 1, got {k}")
         self.groups: dict[str, list[list[int]]] = {}
         for n in self.names:
             if self.per_group[n] > 1:
