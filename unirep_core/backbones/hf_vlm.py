@@ -98,6 +98,10 @@ def _torchvision_available() -> bool:
     return bool(is_torchvision_available())
 
 
+_NO_VIDEO = object()
+_HUB_KEYS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
+
+
 def _processor_class(name: str, image_backend: str, image_kwargs: dict[str, Any]) -> type:
     """A subclass of the family's processor class that loads its image processor with the given
     backend and overrides (``min_pixels``/``max_pixels``), and that leaves the video processor
@@ -127,6 +131,22 @@ def _processor_class(name: str, image_backend: str, image_kwargs: dict[str, Any]
                 else:  # pragma: no cover - not used by the supported families
                     raise NotImplementedError(f"{base.__name__}: cannot load sub-processor {attribute!r}")
             return args
+
+        @classmethod
+        def _resolve_subprocessors(cls, path, processor_dict, **kwargs):
+            # transformers >= 5.25 loads sub-processors here (not in _get_arguments_from_pretrained)
+            # and keeps any it is handed in kwargs: hand it our image processor and, without
+            # torchvision, a placeholder video processor that becomes None below.
+            hub = {k: v for k, v in kwargs.items() if k in _HUB_KEYS}
+            kwargs["image_processor"] = AutoImageProcessor.from_pretrained(
+                path, backend=image_backend, **image_kwargs, **hub
+            )
+            if not with_video:
+                kwargs["video_processor"] = _NO_VIDEO
+            processor_dict, rest = super()._resolve_subprocessors(path, processor_dict, **kwargs)
+            if processor_dict.get("video_processor") is _NO_VIDEO:
+                processor_dict["video_processor"] = None
+            return processor_dict, rest
 
         def check_argument_for_proper_class(self, argument_name, argument):
             if argument is None and "video" in argument_name:
