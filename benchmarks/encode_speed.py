@@ -588,17 +588,17 @@ def optimisations(model: Any, hf: Transformers, folder: Path, inputs: dict[str, 
     # images: NHWC pixels for the CNN (the only image-side change), shipped path with and without
     images = inputs["images"]
     if images:
-        cells = backbone.image_cells
+        features = backbone.image_features  # the one CNN entry of encode_tokens
 
         def nchw(pixels: Any, channels_last: bool = False) -> Any:
-            return cells(pixels, channels_last=False)
+            return features(pixels, channels_last=False)
 
         def without_nhwc(subset: list[Any]) -> np.ndarray:
-            backbone.image_cells = nchw
+            backbone.image_features = nchw
             try:
                 return model.encode(images=subset, batch_size=bs)
             finally:
-                del backbone.image_cells
+                del backbone.image_features
 
         times, outs = rounds({"NCHW": lambda: timed(lambda: without_nhwc(images)),
                               "NHWC": lambda: timed(lambda: model.encode(images=images, batch_size=bs))}, n_rounds)

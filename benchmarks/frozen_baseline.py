@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     from unirep_training.data.readers import read_source
 
     # The untrained architecture (e5 + packaged EfficientNet-Lite0), never trained weights.
-    model = UniRep.from_config(json.loads(registered_config_path("unirep-mini").read_text("utf-8")), device="cpu")
+    config = json.loads(registered_config_path("unirep-mini").read_text("utf-8"))
+    # pinned to the baseline's features (224 px, mean of the grid cells, stage 1's cache), not
+    # whatever image path the registered architecture has since gained
+    config["backbone"]["vision"].update(image_size=224, summary=None)
+    model = UniRep.from_config(config, device="cpu")
     model.requires_grad_(False)
     image_cache = ImageFeatureCache(args.cache, model.backbone)
     text_cache = TextFeatureCache(args.cache, model)

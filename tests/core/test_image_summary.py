@@ -114,3 +114,69 @@ def test_images_alone_embeds_image_items_by_the_summary_only(text_dir):
     np.testing.assert_allclose(together, apart, atol=1e-5)
     # the item with text still goes through the fused stream: its vector depends on the text
     assert np.abs(model.encode(text=["a dog"], images=[[a]]) - model.encode(text=["a cat"], images=[[a]])).max() > 1e-3
+
+
+GLOBAL = {"hidden": 16, "input": "global", "taps": [10, 14], "members": 3, "dropout": 0.0, "images_alone": True}
+
+
+def test_global_descriptors_are_full_map_and_tap_means(text_dir):
+    model = UniRep.from_config(_config(text_dir, GLOBAL), device="cpu")
+    bb = model.backbone
+    net = bb.vision.net
+    from unirep_core.backbones.base import Item
+
+    pixels = model.prepare([Item(None, [make_image(1), make_image(2)])])["pixel_values"]
+    with torch.no_grad():
+        cells, desc = bb.image_features(pixels)
+        # the same pass, step by step: stem, blocks (keep 10 and 14), head conv
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        kept = {}
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            kept[i] = x.mean((2, 3))
+        fmap = net.extract_features(pixels)
+    assert desc.shape == (2, 1280 + 112 + 192) == (2, bb.image_summary.mlp[0].in_features)
+    torch.testing.assert_close(desc, torch.cat([fmap.mean((2, 3)), kept[10], kept[14]], 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cells, bb.image_cells(pixels), atol=1e-5, rtol=1e-5)
+
+
+def test_members_average_at_inference_and_route_each_image_to_one_in_training(text_dir, tmp_path):
+    model = UniRep.from_config(_config(text_dir, GLOBAL), device="cpu")
+    summary = model.backbone.image_summary
+    assert len(summary.extra) == 2
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in summary.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(64, summary.mlp[0].in_features)
+    members = [summary.mlp, *summary.extra]
+    with torch.no_grad():
+        each = torch.stack([m(x) for m in members])  # (3, 64, out)
+        torch.testing.assert_close(summary(x), each.mean(0))
+        summary.train()
+        try:
+            routed = summary(x)
+        finally:
+            summary.eval()
+    # every row is exactly one member's output, and all members get rows
+    match = (routed.unsqueeze(0) - each).abs().amax(-1) < 1e-6  # (3, 64)
+    assert match.sum(0).eq(1).all()
+    assert match.any(1).all()
+
+    # saved and loaded as an ensemble, with its descriptor layout
+    model.save_pretrained(tmp_path / "m")
+    loaded = UniRep.from_pretrained(tmp_path / "m", device="cpu")
+    img = [make_image(7)]
+    np.testing.assert_allclose(loaded.encode(images=img), model.encode(images=img), atol=1e-6)
+    assert np.abs(model.encode(images=img)).max() > 1e-3
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"input": "pixels"}, "'cells' or 'global'"),
+    ({"taps": [10]}, "needs vision.summary.input 'global'"),
+    ({"input": "global", "taps": [99]}, "tap 99 is not a block"),
+    ({"members": 0}, "members must be >= 1"),
+])
+def test_bad_summary_configs_are_named(text_dir, bad, message):
+    with pytest.raises(ValueError, match=message):
+        UniRep.from_config(_config(text_dir, {"hidden": 16, **bad}), device="cpu")

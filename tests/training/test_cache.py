@@ -101,3 +101,36 @@ def test_feature_store_roundtrip(tmp_path):
         t.get(["zz"])
     with pytest.raises(ValueError, match="cache holds"):
         FeatureStore(tmp_path, (4,), "float32")
+
+
+def test_cached_whole_image_descriptors_equal_the_backbone(tiny_model_dir, tiny_data, tmp_path):
+    """A summary on whole-image descriptors (full-map + block means): the cache stores them
+    beside the cells, and the training encoder's vectors equal the real forward's."""
+    import json
+
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    cfg["backbone"]["vision"]["summary"] = {"hidden": 16, "input": "global", "taps": [10, 15], "members": 2,
+                                            "images_alone": True}
+    cfg["calibration"] = None
+    model = UniRep.from_config(cfg, device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.backbone.image_summary.parameters():
+            p.normal_(0, 0.3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    sides = _sides(tiny_data)
+    expect = _reference(model, sides)
+    cache = ImageFeatureCache(tmp_path, model.backbone, "float32")
+    plain = ImageFeatureCache(tmp_path, UniRep.from_pretrained(tiny_model_dir, device="cpu").backbone, "float32")
+    assert cache.fingerprint != plain.fingerprint  # descriptors change what is stored
+    cache.ensure([p for s in sides for p in s.images], show_progress=False)
+    cells, desc = cache.get_features([sides[3].images[0]])
+    assert cells.shape == (1, *cache.cell_shape) and desc.shape == (1, 1280 + 112 + 320)
+    with torch.no_grad():
+        got = SideEncoder(model, image_cache=cache)(sides)
+    # the CNN's last bits depend on how many images share its batch (cache: all, reference:
+    # one), and the random summary weights amplify them a little: 1e-4, not 1e-5
+    torch.testing.assert_close(got, expect, atol=2e-4, rtol=1e-4)
+    assert (got - expect).abs().max() < 1e-3 * expect.abs().max()
+    remove_passthrough(model)

@@ -41,6 +41,12 @@ class FeatureMapPassthrough(nn.Module):
             return x
         return self.tower(x)
 
+    def tap_channels(self, taps):
+        return self.tower.tap_channels(taps)
+
+    def features(self, pixels: torch.Tensor, taps=()):
+        return self.tower.features(pixels, taps)
+
 
 def install_passthrough(model: Any) -> None:
     bb = model.backbone
@@ -108,6 +114,11 @@ class SideEncoder:
             raise ValueError(f"sample side {sides[e.position]!r}: {e.message}") from e
         if use_cache:
             paths = [p for s in sides for p in s.images]
-            batch["pixel_values"] = (self.image_cache.get(paths) if paths  # type: ignore[union-attr]
-                                     else torch.zeros(0, self.image_cache.channels, 1, 1))  # type: ignore[union-attr]
+            if paths:
+                cells, descriptors = self.image_cache.get_features(paths)  # type: ignore[union-attr]
+                batch["pixel_values"] = cells
+                if descriptors is not None:
+                    batch["image_descriptors"] = descriptors
+            else:
+                batch["pixel_values"] = torch.zeros(0, self.image_cache.channels, 1, 1)  # type: ignore[union-attr]
         return batch

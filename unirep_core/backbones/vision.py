@@ -62,6 +62,29 @@ class EfficientNetLiteTower(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(pixels)
 
+    def tap_channels(self, taps: Sequence[int]) -> int:
+        """Channel count of these MBConv blocks' outputs together (see :meth:`features`)."""
+        blocks = self.net._blocks
+        for t in taps:
+            if not 0 <= int(t) < len(blocks):
+                raise ValueError(f"vision tap {t} is not a block of this tower (0..{len(blocks) - 1})")
+        return sum(int(blocks[int(t)]._block_args.output_filters) for t in taps)
+
+    def features(self, pixels: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The head conv's feature map (what :meth:`forward` returns) and the output maps of
+        the MBConv blocks numbered in ``taps``, in one pass."""
+        net = self.net
+        wanted = {int(t) for t in taps}
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        tapped: dict[int, torch.Tensor] = {}
+        rate = net._global_params.drop_connect_rate
+        for idx, block in enumerate(net._blocks):
+            x = block(x, drop_connect_rate=rate * float(idx) / len(net._blocks) if rate else rate)
+            if idx in wanted:
+                tapped[idx] = x
+        fmap = net._swish(net._bn1(net._conv_head(x)))
+        return fmap, [tapped[int(t)] for t in taps]
+
 
 def build_tower(cfg: dict[str, Any]) -> nn.Module:
     arch = cfg.get("arch", "efficientnet-lite0")

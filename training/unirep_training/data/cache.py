@@ -167,22 +167,35 @@ class ImageFeatureCache:
             "tower": type(tower).__name__,
         }
         self.channels = int(getattr(tower, "out_channels"))
+        self.cell_shape = (self.channels, backbone.grid, backbone.grid)
+        # A summary on whole-image descriptors stores them after the cells, one row per image.
+        self.descriptor_size = 0
+        shape: tuple[int, ...] = self.cell_shape
+        if getattr(backbone, "summary_input", None) == "global":
+            settings["descriptors"] = {"input": "global", "taps": list(backbone.summary_taps)}
+            self.descriptor_size = int(backbone.image_summary.mlp[0].in_features)
+            shape = (int(np.prod(self.cell_shape)) + self.descriptor_size,)
         self.fingerprint = fingerprint(settings)
         self.max_pixels = max_pixels
-        self.store = FeatureStore(Path(root) / f"image-{self.fingerprint}",
-                                  (self.channels, backbone.grid, backbone.grid), dtype, settings)
+        self.store = FeatureStore(Path(root) / f"image-{self.fingerprint}", shape, dtype, settings)
 
     @torch.no_grad()
     def compute(self, images: Sequence[Any]) -> torch.Tensor:
-        """(N, C, grid, grid) float32 features of decoded PIL images (what the projector sees)."""
+        """Stored rows of decoded PIL images: (N, C, grid, grid) float32 cells (what the
+        projector sees), or with whole-image descriptors (N, C*grid*grid + F) cells then
+        descriptors."""
         from unirep_core.backbones.vision import preprocess_images
 
         bb = self.backbone
         pixels = preprocess_images(list(images), bb.image_size, bb.mean, bb.std)
         tower = _tower(bb)
         device = next(tower.parameters()).device
-        fmap = tower(pixels.to(device))
-        return torch.nn.functional.adaptive_avg_pool2d(fmap, bb.grid).float().cpu()
+        if not self.descriptor_size:
+            fmap = tower(pixels.to(device))
+            return torch.nn.functional.adaptive_avg_pool2d(fmap, bb.grid).float().cpu()
+        cells, descriptors = bb.image_features(pixels.to(device))
+        cells = cells.transpose(1, 2).reshape(len(images), *self.cell_shape)
+        return torch.cat([cells.flatten(1), descriptors], 1).float().cpu()
 
     def ensure(self, paths: Sequence[str], *, batch_size: int = 32, show_progress: bool = True) -> None:
         """Compute and store the features of every path not cached yet."""
@@ -199,8 +212,17 @@ class ImageFeatureCache:
         _fill(self.store, keys, compute, batch_size, 2048, "image features", show_progress)
 
     def get(self, paths: Sequence[str]) -> torch.Tensor:
-        """Stored features (float32 tensor) of these image files, in order."""
-        return torch.from_numpy(self.store.get([image_key(p) for p in paths]).astype(np.float32))
+        """Stored cells (float32, (N, C, grid, grid)) of these image files, in order."""
+        return self.get_features(paths)[0]
+
+    def get_features(self, paths: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stored cells (float32, (N, C, grid, grid)) and whole-image descriptors ((N, F), or
+        None when the summary reads the cells) of these image files, in order."""
+        rows = torch.from_numpy(self.store.get([image_key(p) for p in paths]).astype(np.float32))
+        if not self.descriptor_size:
+            return rows, None
+        cut = int(np.prod(self.cell_shape))
+        return rows[:, :cut].reshape(len(paths), *self.cell_shape), rows[:, cut:].contiguous()
 
 
 class TextFeatureCache:
