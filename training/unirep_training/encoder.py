@@ -109,7 +109,8 @@ class SideEncoder:
                 images = [load_image(p, index=pos, position=j, max_pixels=self.max_pixels) for j, p in enumerate(s.images)]
             items.append(Item(self.text_of(s), images))
         try:
-            batch = self.model.prepare(items)
+            # with the cache the pixels would be dropped below: lay out tokens only
+            batch = self.model.backbone.prepare_layout(items) if use_cache else self.model.prepare(items)
         except ItemError as e:
             raise ValueError(f"sample side {sides[e.position]!r}: {e.message}") from e
         if use_cache:

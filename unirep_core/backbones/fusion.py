@@ -205,6 +205,15 @@ class FusionBackbone(Backbone):
         return [e.ids[1:-1] for e in self.tokenizer.encode_batch(list(texts))]
 
     def prepare(self, items: Sequence[Item]) -> dict[str, Any]:
+        batch = self.prepare_layout(items)
+        batch["pixel_values"] = preprocess_images([im for it in items for im in it.images], self.image_size,
+                                                  self.mean, self.std)
+        return batch
+
+    def prepare_layout(self, items: Sequence[Item]) -> dict[str, Any]:
+        """:meth:`prepare` without ``pixel_values``: the token layout of these items, for a
+        caller that supplies image features itself (the trainer's feature caches); resizing
+        images only to drop the pixels was most of a cached training step."""
         texts = [it.text for it in items if it.text is not None]
         bodies = iter(self.token_ids(texts)) if texts else iter(())
         rows: list[list[int]] = []
@@ -234,9 +243,8 @@ class FusionBackbone(Backbone):
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
             image_slots[i, : len(s)] = torch.tensor(s)
-        pixels = preprocess_images([im for it in items for im in it.images], self.image_size, self.mean, self.std)
         counts = torch.tensor([len(it.images) for it in items], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "image_slots": image_slots, "pixel_values": pixels,
+        return {"input_ids": ids, "attention_mask": mask, "image_slots": image_slots,
                 "image_counts": counts, "image_in_stream": torch.tensor(in_stream, dtype=torch.bool),
                 "stream_rows": torch.tensor(stream_rows, dtype=torch.bool)}
 
