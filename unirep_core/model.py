@@ -95,15 +95,22 @@ class UniRep(nn.Module):
             )
         self.load_state_dict(state, strict=False)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (trained parts only)."""
+    def save_pretrained(self, directory: str | os.PathLike, *, weights_dtype: str = "float32") -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (trained parts only). ``weights_dtype``
+        ``"float16"`` / ``"bfloat16"`` stores floating-point weights at half the size; loading
+        converts them back to the model's dtype."""
         from safetensors.torch import save_file
 
+        dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if weights_dtype not in dtypes:
+            raise ValueError(f"weights_dtype must be one of {sorted(dtypes)}, not {weights_dtype!r}")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.config.calibration = self.calibrator.to_dict() if self.calibrator.fitted else None
         self.config.save(out)
-        save_file(self.trained_state_dict(), str(out / WEIGHTS_NAME))
+        state = {k: v.to(dtypes[weights_dtype]) if v.is_floating_point() else v
+                 for k, v in self.trained_state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME))
         return out
 
     # -- properties -----------------------------------------------------------------------

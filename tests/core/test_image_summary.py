@@ -180,3 +180,43 @@ def test_members_average_at_inference_and_route_each_image_to_one_in_training(te
 def test_bad_summary_configs_are_named(text_dir, bad, message):
     with pytest.raises(ValueError, match=message):
         UniRep.from_config(_config(text_dir, {"hidden": 16, **bad}), device="cpu")
+
+
+def test_layer_norm_treats_each_descriptor_part_apart(text_dir):
+    model = UniRep.from_config(_config(text_dir, {**GLOBAL, "norm": "layer", "members": 1}), device="cpu")
+    summary = model.backbone.image_summary
+    assert summary.norm_blocks == (1280, 112, 192)
+    torch.manual_seed(6)
+    with torch.no_grad():
+        for p in summary.parameters():
+            p.normal_(0, 0.5)
+        x = torch.randn(3, 1280 + 112 + 192)
+        scaled = x.clone()
+        scaled[:, 1280:1392] *= 10.0  # one tap on another scale: normed away
+        torch.testing.assert_close(summary(scaled), summary(x), atol=1e-4, rtol=1e-4)
+        shifted = x.clone()
+        shifted[:, :5] += 3.0  # a change inside a part still matters
+        assert (summary(shifted) - summary(x)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="'layer' or absent"):
+        UniRep.from_config(_config(text_dir, {**GLOBAL, "norm": "batch"}), device="cpu")
+
+
+def test_half_precision_weights_round_trip(text_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    model = UniRep.from_config(_config(text_dir, GLOBAL), device="cpu")
+    torch.manual_seed(8)
+    with torch.no_grad():
+        for p in model.backbone.image_summary.parameters():
+            p.normal_(0, 0.1)
+    model.save_pretrained(tmp_path / "half", weights_dtype="float16")
+    stored = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    loaded = UniRep.from_pretrained(tmp_path / "half", device="cpu")
+    assert next(loaded.backbone.image_summary.parameters()).dtype == torch.float32
+    img = [make_image(9)]
+    got, want = loaded.encode(images=img), model.encode(images=img)
+    np.testing.assert_allclose(got, want, atol=5e-3)
+    assert float((got * want).sum()) > 0.9999
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        model.save_pretrained(tmp_path / "bad", weights_dtype="int8")

@@ -159,6 +159,8 @@ class ExportConfig:
     negatives_random: int = 3
     negatives_hard: int = 3
     max_queries: int = 2000  # per dev source
+    #: dtype of the stored weights (float32 | float16 | bfloat16); loading converts them back
+    weights_dtype: str = "float32"
 
 
 @dataclass

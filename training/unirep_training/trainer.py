@@ -420,7 +420,7 @@ class Trainer:
                 "calibration": cal_info,
                 "dev_metrics": self.history[-1] if self.history else None,
             }
-            model.save_pretrained(out)
+            model.save_pretrained(out, weights_dtype=self.config.export.weights_dtype)
             if self.config.model.text_lora:
                 logger.warning("%s holds text-encoder LoRA weights (backbone.text.lora): loading it needs a "
                                "unirep_core whose fusion backbone applies backbone.text.lora", out)
