@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from frozen_baseline import _retrieval  # same retrieval protocol as the baseline and the evaluator
+
 VARIANTS = [
     # name, cache ("cells224" | "global288"), descriptor columns (None: all), members
     {"name": "224 px, mean of grid cells (previous summary input)", "cache": "cells224", "columns": None, "members": 1},
@@ -58,19 +60,6 @@ def _split(samples):
     unique = list(dict.fromkeys(images))
     index = {p: k for k, p in enumerate(unique)}
     return texts, unique, [index[p] for p in images]
-
-
-def _recall(text_vecs, image_vecs, owner) -> dict[str, float]:
-    import torch
-
-    t = torch.nn.functional.normalize(text_vecs, dim=-1)
-    i = torch.nn.functional.normalize(image_vecs, dim=-1)
-    sim = t @ i.T
-    pos = sim[torch.arange(len(owner)), owner]
-    rank = (sim > pos[:, None]).sum(1)
-    best = sim.T.argmax(1)  # image -> its best caption; right when that caption is one of its own
-    return {"t2i_R@1": round(float((rank < 1).float().mean()), 4), "t2i_R@10": round(float((rank < 10).float().mean()), 4),
-            "i2t_R@1": round(float((owner[best] == torch.arange(len(image_vecs))).float().mean()), 4)}
 
 
 def train_summary(x_tr, t_tr, owner_tr, head, *, members: int, steps: int, seed: int, norm: bool = False,
@@ -161,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             iv, tv = head_model.head(summary(x["dev"])), head_model.head(text_cache.get(texts["dev"]))
         dev_owner = torch.from_numpy(owner["dev"])
         row = {**v, "input_features": int(x["dev"].size(1)), "seconds": round(time.time() - t0, 1),
-               "dev": {str(d): _recall(tv[:, :d], iv[:, :d], dev_owner) for d in (384, 128)}}
+               "dev": {str(d): {k: round(x, 4) for k, x in _retrieval(tv[:, :d], iv[:, :d], dev_owner).items()}
+                       for d in (384, 128)}}
         results["variants"].append(row)
         print(v["name"], row["dev"], file=sys.stderr)
     out = Path(args.out)
