@@ -20,3 +20,8 @@ def test_config_parses(path):
 
 def test_there_are_configs():
     assert {p.name for p in CONFIGS} >= {"mini.yaml", "mini-images.yaml", "tiny.yaml"}
+
+
+def test_bad_export_dtype_fails_when_the_config_loads():
+    with pytest.raises(ValueError, match="export.weights_dtype must be"):
+        load_config(CONFIG_DIR / "mini-images.yaml", overrides=["export.weights_dtype=int8"])

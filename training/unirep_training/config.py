@@ -162,6 +162,11 @@ class ExportConfig:
     #: dtype of the stored weights (float32 | float16 | bfloat16); loading converts them back
     weights_dtype: str = "float32"
 
+    def __post_init__(self) -> None:
+        # checked here, not at export: a typo must not cost a finished run
+        if self.weights_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"export.weights_dtype must be float32, float16 or bfloat16, got {self.weights_dtype!r}")
+
 
 @dataclass
 class TrainConfig:
